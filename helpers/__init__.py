@@ -1,0 +1,16 @@
+"""Shared helpers for the Kolors LoRA story course.
+
+Small modules, one concern each; a notebook imports the few functions it needs:
+
+- ``helpers.paths``    where the kit keeps models and outputs
+- ``helpers.io``       atomic writes, never-overwrite output paths
+- ``helpers.models``   resolve real weights, or build the offline random set (00_setup)
+- ``helpers.offline``  how the offline random set is built (same classes, same layout)
+- ``helpers.kolors``   load the Kolors pipeline through DiffSynth's ModelManager
+- ``helpers.system``   machine check: versions, device, memory, disk (00_setup)
+- ``helpers.course``   run every notebook headless (``make course``)
+
+Nothing heavy is imported here, so ``import helpers`` is instant.
+"""
+
+__version__ = "0.1.0"
