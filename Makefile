@@ -33,7 +33,7 @@ models: install
 	KOLORS_KIT_WEIGHTS=real $(PY) -m helpers.models --resolve
 
 lab: install
-	$(PY) -m jupyter lab notebooks/
+	$(PY) -m jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 # Re-resolve the working set in a scratch venv and rewrite requirements/*.txt.
 lock:
