@@ -221,7 +221,7 @@ def resolve_models(parts: Iterable[str] = ALL, mode: str | None = None, *, seed:
             paths[key], sources[key] = offline_paths[key], OFFLINE
     to_build = {k: p for k, p in paths.items() if sources[k] == OFFLINE}
     if to_build:
-        built = offline.build_missing(to_build, seed=seed, clip=clip)
+        built = offline.build_missing(to_build, seed=seed, clip=clip, lock_dir=offline_root)
         if built:
             notes.append("built now: " + ", ".join(f"{k} {s:.0f}s" for k, s in built.items()))
         if mode == "auto":

@@ -21,9 +21,12 @@ Taught in ``notebooks/00_setup.ipynb``.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -237,13 +240,35 @@ def build(key: str, path: Path, seed: int = 0, clip: str = "small") -> float:
     return time.perf_counter() - start
 
 
-def build_missing(paths: dict[str, Path], seed: int = 0, clip: str = "small") -> dict[str, float]:
-    """Build every model in ``paths`` that is not built yet, with a progress bar; cached after."""
-    todo = {key: path for key, path in paths.items() if not is_built(path)}
-    seconds = {}
-    with tqdm(total=len(todo), desc="building offline random models", unit="model", disable=not todo) as bar:
-        for key, path in todo.items():
-            bar.set_postfix_str(key)
-            seconds[key] = build(key, path, seed=seed, clip=clip)
-            bar.update()
+@contextmanager
+def build_lock(folder: Path):
+    """Hold an exclusive lock on ``folder`` so two processes never build into it at once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".build.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_missing(paths: dict[str, Path], seed: int = 0, clip: str = "small",
+                  lock_dir: Path | None = None) -> dict[str, float]:
+    """Build every model in ``paths`` that is not built yet, with a progress bar; cached after.
+
+    Safe to call from several processes at once: builds are serialised by a lock file in
+    ``lock_dir`` (default: the folder above the models), and a model another process
+    finished meanwhile is not built again.
+    """
+    seconds: dict[str, float] = {}
+    if all(is_built(path) for path in paths.values()):
+        return seconds
+    lock_dir = lock_dir or Path(os.path.commonpath([str(p) for p in paths.values()])).parent
+    with build_lock(lock_dir):
+        todo = {key: path for key, path in paths.items() if not is_built(path)}
+        with tqdm(total=len(todo), desc="building offline random models", unit="model", disable=not todo) as bar:
+            for key, path in todo.items():
+                bar.set_postfix_str(key)
+                seconds[key] = build(key, path, seed=seed, clip=clip)
+                bar.update()
     return seconds

@@ -102,3 +102,13 @@ def test_command_line_lists_and_resolves(root, monkeypatch, capsys):
     assert "Kwai-Kolors/Kolors" in capsys.readouterr().out
     assert M.main(["--resolve", "--parts", "aesthetic", "--mode", "offline"]) == 0
     assert "offline-random" in capsys.readouterr().out
+
+
+def test_concurrent_builds_do_not_collide(root):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: M.resolve_models(["aesthetic"], "offline", root=root, verbose=False), range(2)))
+    built = [r for r in results if any("built now" in n for n in r.notes)]
+    assert len(built) == 1, "exactly one process builds; the other waits and reuses it"
+    assert offline.is_built(results[0].aesthetic)
