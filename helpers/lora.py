@@ -249,7 +249,7 @@ def loaded_lora(pipe) -> dict[str, Any] | None:
 
 
 def apply_lora(pipe, path: str | os.PathLike, scale: float = 1.0, *, fuse: bool = False,
-               dtype: torch.dtype | None = None) -> dict[str, Any]:
+               dtype: torch.dtype | None = None, keep_original: bool = False) -> dict[str, Any]:
     """Put a kit LoRA on a DiffSynth ``SDXLImagePipeline``'s UNet, at the strength it was trained for.
 
     Does what the baseline did by hand, but with rank, alpha and target modules from the
@@ -291,7 +291,7 @@ def apply_lora(pipe, path: str | os.PathLike, scale: float = 1.0, *, fuse: bool 
     unet._kit_lora = {"path": str(path), "metadata": meta, "scale": 1.0, "fused": False}
     set_lora_scale(pipe, scale)
     if fuse:
-        fuse_lora(pipe)
+        fuse_lora(pipe, keep_original=keep_original)
     return meta
 
 
@@ -301,38 +301,51 @@ def set_lora_scale(pipe, scale: float) -> None:
     info = loaded_lora(pipe)
     if info is None:
         raise RuntimeError("no LoRA applied; call apply_lora(pipe, path) first")
-    fused = info["fused"]
+    fused, keep = info["fused"], info.get("keep_original", False)
     if fused:
         unfuse_lora(pipe)
     for _, module in _lora_layers(unet, ADAPTER):
         module.set_scale(ADAPTER, float(scale))
     info["scale"] = float(scale)
     if fused:
-        fuse_lora(pipe)
+        fuse_lora(pipe, keep_original=keep)
 
 
-def fuse_lora(pipe) -> None:
-    """Merge the applied LoRA into the UNet's weights (faster sampling); :func:`unfuse_lora` takes it back out."""
+def fuse_lora(pipe, keep_original: bool = False) -> None:
+    """Merge the applied LoRA into the UNet's weights (faster sampling); :func:`unfuse_lora` takes it back out.
+
+    Unfusing subtracts the LoRA again: exact in fp32, but in fp16/bf16 the weights keep
+    a rounding residue (about 1e-3 relative). ``keep_original=True`` keeps a copy of the
+    targeted weights (about 2 GB in bf16 for the Kolors UNet) so unfusing restores them bit for bit.
+    """
     info = loaded_lora(pipe)
     if info is None:
         raise RuntimeError("no LoRA applied; call apply_lora(pipe, path) first")
     if not info["fused"]:
         for _, module in _lora_layers(_unet(pipe), ADAPTER):
+            if keep_original:
+                module._kit_original = module.get_base_layer().weight.detach().clone()
             module.merge(adapter_names=[ADAPTER])
         info["fused"] = True
+        info["keep_original"] = keep_original
 
 
 def unfuse_lora(pipe) -> None:
-    """Subtract a fused LoRA from the weights again (the LoRA layers stay, unmerged)."""
+    """Take a fused LoRA out of the weights again (the LoRA layers stay, unmerged)."""
     info = loaded_lora(pipe)
     if info is not None and info["fused"]:
         for _, module in _lora_layers(_unet(pipe), ADAPTER):
             module.unmerge()
+            original = module.__dict__.pop("_kit_original", None)
+            if original is not None:
+                module.get_base_layer().weight.data.copy_(original)
         info["fused"] = False
 
 
 def _remove_adapter(unet: torch.nn.Module) -> None:
     """Replace every LoRA-wrapped layer by its original base layer."""
+    if getattr(unet, "_kit_lora", None) is not None:
+        unfuse_lora(unet)
     for name, module in list(_lora_layers(unet, ADAPTER)):
         if module.merged:
             module.unmerge()
@@ -348,7 +361,7 @@ def _remove_adapter(unet: torch.nn.Module) -> None:
 
 
 def unload_lora(pipe) -> None:
-    """Take the applied LoRA off the UNet completely (unfused first): the pipeline is as loaded."""
+    """Take the applied LoRA off the UNet completely (unfused first; see :func:`fuse_lora` on rounding)."""
     _remove_adapter(_unet(pipe))
 
 

@@ -198,6 +198,14 @@ def test_apply_gives_trained_effective_weights_and_output(tiny_lora):
         assert lora.loaded_lora(pipe) is None
         assert not any("lora" in n for n, _ in pipe.unet.named_parameters())
         torch.testing.assert_close(pipe.unet(x), base_out, rtol=1e-6, atol=1e-7)
+        # keep_original: unfuse restores the base weights bit for bit, even in bf16
+        pipe16 = TinyPipe()
+        pipe16.unet.to(torch.bfloat16)
+        before = {n: p.clone() for n, p in pipe16.unet.named_parameters()}
+        lora.apply_lora(pipe16, path, fuse=True, keep_original=True)
+        lora.set_lora_scale(pipe16, 0.3)
+        lora.unload_lora(pipe16)
+        assert all(torch.equal(p, before[n]) for n, p in pipe16.unet.named_parameters())
         # applying twice replaces, never stacks
         lora.apply_lora(pipe, path, scale=0.5)
         lora.apply_lora(pipe, path, scale=0.5, fuse=True)
@@ -297,20 +305,29 @@ def _inputs(dtype):
     )
 
 
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative error ||a - b|| / ||b||: the right yardstick for bf16 outputs of two implementations."""
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
 @pytest.mark.heavy
 def test_kolors_unet_roundtrip_and_diffusers_export(kolors_lora_state, tmp_path, caplog):
-    """Fresh DiffSynth pipeline gets the trained effective weights; diffusers gets the same output change."""
+    """Fresh DiffSynth pipeline gets the trained effective weights; diffusers gets the same output change.
+
+    bf16 (as on CPU in the course), one framework at a time: about 12 GB peak.
+    """
     from safetensors import safe_open
 
     from helpers.kolors import load_pipeline
     from helpers.models import resolve_models
 
-    path = lora.save_lora(kolors_lora_state, tmp_path / "lora.safetensors", META)
+    big = {k: v * 10 if ".lora_B." in k else v for k, v in kolors_lora_state.items()}  # an effect well above bf16 noise
+    path = lora.save_lora(big, tmp_path / "lora.safetensors", META)
     models = resolve_models(("text_encoder", "unet", "vae"), verbose=False)
-    dtype = torch.float32
+    dtype = torch.bfloat16
     x = _inputs(dtype)
 
-    # --- DiffSynth: a fresh pipeline, the file applied
+    # --- DiffSynth: a fresh pipeline, the file applied (LoRA weights in fp32, as DiffSynth's trainer keeps them)
     pipe = load_pipeline(models, device="cpu", dtype=dtype)
     unet = pipe.unet
 
@@ -319,18 +336,20 @@ def test_kolors_unet_roundtrip_and_diffusers_export(kolors_lora_state, tmp_path,
             return unet(x["sample"], x["timestep"], x["encoder_hidden_states"], x["time_ids"], x["text_embeds"]).float()
 
     ds_base = run_ds()
-    lora.apply_lora(pipe, path, scale=1.0)
+    lora.apply_lora(pipe, path, scale=1.0, dtype=torch.float32)
     layers = dict(lora._lora_layers(unet, lora.ADAPTER))
-    assert len(layers) == len(kolors_lora_state) // 2
+    assert len(layers) == len(big) // 2
     with safe_open(str(models.unet), framework="pt") as f:  # base weights untouched, and the name map is right
-        for module in ["blocks.7.transformer_blocks.0.attn1.to_q", "blocks.24.transformer_blocks.9.attn2.to_out"]:
+        for module in [min(layers), max(layers)]:
             from_file = f.get_tensor(lora.diffusers_module_name(module) + ".weight").to(dtype)
-            torch.testing.assert_close(layers[module].base_layer.weight, from_file)
-    for module, layer in layers.items():  # effective weight W + alpha/r * B @ A, as trained
-        a = kolors_lora_state[f"{module}.lora_A.default.weight"]
-        b = kolors_lora_state[f"{module}.lora_B.default.weight"]
+            assert torch.equal(layers[module].base_layer.weight, from_file), module
+    for module, layer in layers.items():  # effective weight = W + alpha/r * B @ A, as trained
+        a, b = big[f"{module}.lora_A.default.weight"], big[f"{module}.lora_B.default.weight"]
         torch.testing.assert_close(layer.get_delta_weight(lora.ADAPTER), ALPHA / RANK * b @ a)
     ds_lora = run_ds()
+    lora.set_lora_scale(pipe, 0.0)
+    ds_zero = run_ds()
+    lora.set_lora_scale(pipe, 1.0)
     lora.fuse_lora(pipe)
     ds_fused = run_ds()
     lora.unload_lora(pipe)
@@ -340,13 +359,15 @@ def test_kolors_unet_roundtrip_and_diffusers_export(kolors_lora_state, tmp_path,
 
     ds_change = ds_lora - ds_base
     assert torch.isfinite(ds_lora).all()
-    assert ds_change.norm() > 1e-2 * ds_base.norm(), "the LoRA should change the output noticeably"
-    torch.testing.assert_close(ds_fused, ds_lora, rtol=1e-3, atol=1e-3 * ds_lora.abs().max().item())
-    torch.testing.assert_close(ds_unloaded, ds_base)
+    assert _rel(ds_lora, ds_base) > 0.05, "the LoRA should change the output noticeably"
+    assert torch.equal(ds_zero, ds_base)
+    assert _rel(ds_unloaded, ds_base) < 0.01  # fused then unloaded in bf16: rounding residue only (see fuse_lora)
+    assert _rel(ds_fused - ds_base, ds_change) < 0.05  # fused = unfused, up to bf16 rounding of the merged weights
 
-    # --- diffusers: the Kolors UNet from the same files, both exports via KolorsPipeline's LoRA loader
+    # --- diffusers: the Kolors UNet from the same files, both exports through KolorsPipeline's LoRA loader
     from diffusers import KolorsPipeline, UNet2DConditionModel
     from peft.tuners.lora import LoraLayer
+    from peft.utils import get_peft_model_state_dict
 
     unet = UNet2DConditionModel.from_pretrained(models.unet.parent, torch_dtype=dtype)
 
@@ -356,8 +377,7 @@ def test_kolors_unet_roundtrip_and_diffusers_export(kolors_lora_state, tmp_path,
                         added_cond_kwargs={"text_embeds": x["text_embeds"], "time_ids": x["time_ids"]}).sample.float()
 
     hf_base = run_hf()
-    # same weights, same architecture: the two frameworks agree before any LoRA
-    torch.testing.assert_close(hf_base, ds_base, rtol=1e-3, atol=1e-3 * ds_base.abs().max().item())
+    assert _rel(hf_base, ds_base) < 0.02  # same weights, same architecture: the frameworks agree without LoRA
     for fmt in ("diffusers", "comfyui"):
         exported = lora.export_lora(path, fmt)
         caplog.clear()
@@ -366,13 +386,13 @@ def test_kolors_unet_roundtrip_and_diffusers_export(kolors_lora_state, tmp_path,
             KolorsPipeline.load_lora_into_unet(state, alphas, unet, adapter_name=fmt, metadata=metadata)
         problems = [r.getMessage() for r in caplog.records if "key" in r.getMessage().lower()]
         assert not problems, f"{fmt}: {problems}"
-        lora_modules = [n for n, m in unet.named_modules() if isinstance(m, LoraLayer)]
-        assert len(lora_modules) == len(kolors_lora_state) // 2, f"{fmt}: not every layer got its LoRA"
-        from peft.utils import get_peft_model_state_dict
-        loaded_keys = set(get_peft_model_state_dict(unet, adapter_name=fmt))
-        assert len(loaded_keys) == len(kolors_lora_state), f"{fmt}: missing or unexpected LoRA keys"
+        assert sum(isinstance(m, LoraLayer) for m in unet.modules()) == len(big) // 2, f"{fmt}: a layer got no LoRA"
+        assert len(get_peft_model_state_dict(unet, adapter_name=fmt)) == len(big), f"{fmt}: missing/unexpected keys"
         hf_change = run_hf() - hf_base
-        torch.testing.assert_close(hf_change, ds_change, rtol=2e-2, atol=2e-2 * ds_change.abs().max().item())
+        err = _rel(hf_change, ds_change)
+        print(f"{fmt}: output change |LoRA effect| / |output| = {_rel(ds_lora, ds_base):.3f}, "
+              f"diffusers vs DiffSynth change rel. error = {err:.4f}")
+        assert err < 0.05, f"{fmt}: diffusers' output change differs from DiffSynth's by {err:.3f}"
         unet.delete_adapters(fmt)
     del unet
     gc.collect()
