@@ -275,7 +275,11 @@ def apply_lora(pipe, path: str | os.PathLike, scale: float = 1.0, *, fuse: bool 
                         target_modules=list(meta["target_modules"]), init_lora_weights=True)
     inject_adapter_in_model(config, unet, adapter_name=ADAPTER)
     base = next(p for p in unet.parameters() if p.is_floating_point())
-    weights = {key.replace(".default.weight", f".{ADAPTER}.weight"): t.to(device=base.device, dtype=dtype or base.dtype)
+    lora_dtype = dtype or base.dtype
+    for _, module in _lora_layers(unet, ADAPTER):  # peft gives the new layers the base layer's dtype
+        module.lora_A[ADAPTER].to(device=base.device, dtype=lora_dtype)
+        module.lora_B[ADAPTER].to(device=base.device, dtype=lora_dtype)
+    weights = {key.replace(".default.weight", f".{ADAPTER}.weight"): t.to(device=base.device, dtype=lora_dtype)
                for key, t in state_dict.items()}
     expected = {f"{name}.{ab}.{ADAPTER}.weight" for name, _ in _lora_layers(unet, ADAPTER) for ab in ("lora_A", "lora_B")}
     unexpected = sorted(set(weights) - expected)

@@ -206,6 +206,11 @@ def test_apply_gives_trained_effective_weights_and_output(tiny_lora):
         lora.set_lora_scale(pipe16, 0.3)
         lora.unload_lora(pipe16)
         assert all(torch.equal(p, before[n]) for n, p in pipe16.unet.named_parameters())
+        lora.apply_lora(pipe16, path, dtype=torch.float32)  # LoRA kept in fp32 on a bf16 UNet, as in training
+        layer = pipe16.unet.get_submodule("blocks.0.transformer_blocks.0.attn1.to_q")
+        assert layer.lora_A[lora.ADAPTER].weight.dtype == torch.float32 and layer.base_layer.weight.dtype == torch.bfloat16
+        assert torch.equal(layer.lora_B[lora.ADAPTER].weight, state["blocks.0.transformer_blocks.0.attn1.to_q.lora_B.default.weight"])
+        assert pipe16.unet(x.to(torch.bfloat16)).isfinite().all()
         # applying twice replaces, never stacks
         lora.apply_lora(pipe, path, scale=0.5)
         lora.apply_lora(pipe, path, scale=0.5, fuse=True)
