@@ -326,7 +326,7 @@ def test_kolors_unet_roundtrip_and_diffusers_export(kolors_lora_state, tmp_path,
     from helpers.kolors import load_pipeline
     from helpers.models import resolve_models
 
-    big = {k: v * 10 if ".lora_B." in k else v for k, v in kolors_lora_state.items()}  # an effect well above bf16 noise
+    big = {k: v * 40 if ".lora_B." in k else v for k, v in kolors_lora_state.items()}  # an effect well above bf16 noise
     path = lora.save_lora(big, tmp_path / "lora.safetensors", META)
     models = resolve_models(("text_encoder", "unet", "vae"), verbose=False)
     dtype = torch.bfloat16
@@ -369,8 +369,12 @@ def test_kolors_unet_roundtrip_and_diffusers_export(kolors_lora_state, tmp_path,
     assert torch.isfinite(ds_lora).all()
     assert _rel(ds_lora, ds_base) > 0.05, "the LoRA should change the output noticeably"
     assert torch.equal(ds_zero, ds_base)
-    assert _rel(ds_unloaded, ds_base) < 0.01  # fused then unloaded in bf16: rounding residue only (see fuse_lora)
-    assert _rel(ds_fused - ds_base, ds_change) < 0.05  # fused = unfused, up to bf16 rounding of the merged weights
+    # fused, then unloaded, in bf16: a rounding residue of W + d - d (about 1% here; keep_original=True avoids it,
+    # tested bit-exact on the tiny model; not here, as it would copy 2 GB of weights)
+    assert _rel(ds_unloaded, ds_base) < 0.03
+    fused_err = _rel(ds_fused - ds_base, ds_change)
+    print(f"DiffSynth: |LoRA change| / |output| = {_rel(ds_lora, ds_base):.3f}; fused vs unfused change rel. error = {fused_err:.4f}")
+    assert fused_err < 0.05  # fused = unfused, up to bf16 rounding of the merged weights
 
     # --- diffusers: the Kolors UNet from the same files, both exports through KolorsPipeline's LoRA loader
     from diffusers import KolorsPipeline, UNet2DConditionModel
