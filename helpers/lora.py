@@ -428,7 +428,11 @@ def to_diffusers_state_dict(state_dict: Mapping[str, torch.Tensor], meta: Mappin
         modules.append(name)
         out[f"unet.{name}.lora_A.weight"] = p["lora_A"].contiguous()
         out[f"unet.{name}.lora_B.weight"] = (p["lora_B"].float() * (alpha / rank)).to(p["lora_B"].dtype).contiguous()
-    config = {"r": rank, "lora_alpha": rank, "target_modules": modules, "init_lora_weights": True}
+    from peft import LoraConfig
+
+    # the full LoraConfig, as diffusers' own save_lora_weights writes it (its loader expects every field)
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=modules).to_dict()
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
     return out, config
 
 
@@ -474,7 +478,8 @@ def export_lora(path: str | os.PathLike, format: str = "diffusers", out: str | o
     header = {"format": "pt", METADATA_KEY: json.dumps(meta, ensure_ascii=False, default=str)}
     if fmt == "diffusers":
         tensors, config = to_diffusers_state_dict(state_dict, meta)
-        header["lora_adapter_metadata"] = json.dumps({f"unet.{k}": v for k, v in config.items()}, sort_keys=True)
+        header["lora_adapter_metadata"] = json.dumps({f"unet.{k}": v for k, v in config.items()}, sort_keys=True,
+                                                     default=str)
     else:
         tensors = to_kohya_state_dict(state_dict, meta)
         header.update({"ss_network_dim": str(meta["rank"]), "ss_network_alpha": str(meta["alpha"]),

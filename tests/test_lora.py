@@ -374,7 +374,7 @@ def test_kolors_unet_roundtrip_and_diffusers_export(kolors_lora_state, tmp_path,
     assert _rel(ds_unloaded, ds_base) < 0.03
     fused_err = _rel(ds_fused - ds_base, ds_change)
     print(f"DiffSynth: |LoRA change| / |output| = {_rel(ds_lora, ds_base):.3f}; fused vs unfused change rel. error = {fused_err:.4f}")
-    assert fused_err < 0.05  # fused = unfused, up to bf16 rounding of the merged weights
+    assert fused_err < 0.08  # fused = unfused, up to bf16 rounding of the merged weights
 
     # --- diffusers: the Kolors UNet from the same files, both exports through KolorsPipeline's LoRA loader
     from diffusers import KolorsPipeline, UNet2DConditionModel
@@ -394,7 +394,8 @@ def test_kolors_unet_roundtrip_and_diffusers_export(kolors_lora_state, tmp_path,
         exported = lora.export_lora(path, fmt)
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            state, alphas, metadata = KolorsPipeline.lora_state_dict(str(exported), return_lora_metadata=True)
+            state, alphas, metadata = KolorsPipeline.lora_state_dict(  # what pipe.load_lora_weights(folder, weight_name=...) does
+                str(exported.parent), weight_name=exported.name, return_lora_metadata=True)
             KolorsPipeline.load_lora_into_unet(state, alphas, unet, adapter_name=fmt, metadata=metadata)
         problems = [r.getMessage() for r in caplog.records if "key" in r.getMessage().lower()]
         assert not problems, f"{fmt}: {problems}"
@@ -404,7 +405,9 @@ def test_kolors_unet_roundtrip_and_diffusers_export(kolors_lora_state, tmp_path,
         err = _rel(hf_change, ds_change)
         print(f"{fmt}: output change |LoRA effect| / |output| = {_rel(ds_lora, ds_base):.3f}, "
               f"diffusers vs DiffSynth change rel. error = {err:.4f}")
-        assert err < 0.05, f"{fmt}: diffusers' output change differs from DiffSynth's by {err:.3f}"
+        # bf16 noise floor: DiffSynth fused vs unfused differ by ~0.03; a wrong alpha/rank would give 0.5,
+        # a wrong module map ~1 (measured here: 0.038 for both exports)
+        assert err < 0.08, f"{fmt}: diffusers' output change differs from DiffSynth's by {err:.3f}"
         unet.delete_adapters(fmt)
     del unet
     gc.collect()
