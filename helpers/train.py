@@ -512,6 +512,14 @@ def build_cache(args, models, vae_key: str):
     return cache, report
 
 
+def make_run_info(args, models, fingerprint: str) -> dict:
+    """Settings stored in every checkpoint; a resume with different ones is refused."""
+    return {"lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "lora_target_modules": args.lora_target_modules,
+            "height": args.height, "width": args.width, "dataset_fingerprint": fingerprint,
+            "precision": args.precision, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
+            "weights": models.weights}
+
+
 def build_module(args, models, vae_key: str, cache: ConditioningCache | None, run_info: dict) -> KolorsLoRA:
     """DiffSynth's LoRA LightningModule: the UNet (+ VAE decoder for samples) with a cache, all three without."""
     dtype = PRECISIONS[args.precision][0]
@@ -617,6 +625,42 @@ def print_summary(args, models, n_images: int, folder: Path, resume_from) -> Non
     sys.stdout.flush()
 
 
+def finish_run(args, models, module, trainer, callbacks, fingerprint: str, report=None, seconds: dict | None = None,
+               resume_from=None) -> dict:
+    """After ``trainer.fit``: loss curve, the LoRA file (when the target step was reached) and ``run.json``.
+
+    Returns the run summary. Used by :func:`main` and ``notebooks/03_train_lora.ipynb``.
+    """
+    folder = run_folder(args)
+    done = trainer.global_step >= args.max_steps
+    rows = read_loss_csv(folder / "loss.csv")
+    plot_loss(folder / "loss.csv", folder / "loss.png", title=f"{args.run_name} (weights: {models.weights})")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    lora_path = None
+    if done:
+        metadata = lora_metadata(args, models, fingerprint, trainer.global_step)
+        lora_path = save_trained_lora(module.lora_state_dict(), folder / "lora.safetensors", metadata)
+    sampler = next((c for c in callbacks if isinstance(c, Sampler)), None)
+    steps_timed = [r for r in rows if r["step"] > 0]
+    summary = {
+        "run": args.run_name, "folder": str(folder), "finished": done, "global_step": trainer.global_step,
+        "target_steps": args.max_steps, "resumed_from": str(resume_from) if resume_from else None,
+        "lora": str(lora_path) if lora_path else None, "dataset_fingerprint": fingerprint,
+        "last_loss": rows[-1]["loss"] if rows else None, "cached_conditioning": args.cache,
+        "cache": report.summary() if report else None, "skipped_images": report.skipped if report else [],
+        "seconds": {**{k: round(v, 1) for k, v in (seconds or {}).items()},
+                    "samples": round(sampler.seconds, 1) if sampler else 0.0},
+        "train_seconds_logged": steps_timed[-1]["seconds"] if steps_timed else None,
+        **peak_memory_gib(args.device), "device": args.device,
+        "settings": {k: v for k, v in vars(args).items() if k != "modelscope_access_token"},
+        **models.record(),
+    }
+    write_json(folder / "run.json", summary, overwrite=True)
+    return summary
+
+
 def main(args: argparse.Namespace) -> dict:
     """Run a training as ``args`` say; returns the run summary (also written to ``run.json``)."""
     start = time.perf_counter()
@@ -635,12 +679,8 @@ def main(args: argparse.Namespace) -> dict:
         for path, why in report.skipped:
             print(f"  skipped {path}: {why}")
     pl.seed_everything(args.seed, verbose=False)
-    run_info = {"lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "lora_target_modules": args.lora_target_modules,
-                "height": args.height, "width": args.width, "dataset_fingerprint": fingerprint,
-                "precision": args.precision, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
-                "weights": models.weights}
     load_start = time.perf_counter()
-    module = build_module(args, models, vae_key, cache, run_info)
+    module = build_module(args, models, vae_key, cache, make_run_info(args, models, fingerprint))
     load_seconds = time.perf_counter() - load_start
     loader = make_dataloader(args, report)
     callbacks = make_callbacks(args, folder)
@@ -649,36 +689,15 @@ def main(args: argparse.Namespace) -> dict:
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume_from) if resume_from else None)
     fit_seconds = time.perf_counter() - fit_start
 
-    done = trainer.global_step >= args.max_steps
-    rows = read_loss_csv(folder / "loss.csv")
-    title = f"{args.run_name} (weights: {models.weights})"
-    plot_loss(folder / "loss.csv", folder / "loss.png", title=title)
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
-    lora_path = None
-    if done:
-        metadata = lora_metadata(args, models, fingerprint, trainer.global_step)
-        lora_path = save_trained_lora(module.lora_state_dict(), folder / "lora.safetensors", metadata)
-    sampler = next((c for c in callbacks if isinstance(c, Sampler)), None)
-    summary = {
-        "run": args.run_name, "folder": str(folder), "finished": done, "global_step": trainer.global_step,
-        "target_steps": args.max_steps, "resumed_from": str(resume_from) if resume_from else None,
-        "lora": str(lora_path) if lora_path else None, "dataset_fingerprint": fingerprint,
-        "last_loss": rows[-1]["loss"] if rows else None, "cached_conditioning": args.cache,
-        "cache": report.summary() if report else None, "skipped_images": report.skipped if report else [],
-        "seconds": {"total": round(time.perf_counter() - start, 1), "load_unet": round(load_seconds, 1),
-                    "fit": round(fit_seconds, 1), "samples": round(sampler.seconds, 1) if sampler else 0.0},
-        **peak_memory_gib(args.device), "device": args.device,
-        "settings": {k: v for k, v in vars(args).items() if k != "modelscope_access_token"},
-        **models.record(),
-    }
-    write_json(folder / "run.json", summary, overwrite=True)
+    summary = finish_run(args, models, module, trainer, callbacks, fingerprint, report,
+                         {"total": time.perf_counter() - start, "load_unet": load_seconds, "fit": fit_seconds},
+                         resume_from)
+    done = summary["finished"]
     state = "finished" if done else f"stopped at step {trainer.global_step} of {args.max_steps} (continue with --resume)"
     print(f"***** {state}; {summary['seconds']['total']} s, peak RSS {summary['peak_rss_gib']} GiB; "
           f"weights: {models.weights} *****")
-    if lora_path:
-        print(f"LoRA: {lora_path}")
+    if summary["lora"]:
+        print(f"LoRA: {summary['lora']}")
     del module, trainer
     gc.collect()
     return summary
