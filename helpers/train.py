@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
-import json
 import os
 import resource
 import shutil
@@ -583,24 +582,11 @@ def lora_metadata(args, models, fingerprint: str, steps: int) -> dict:
     }
 
 
-def _save_lora_minimal(state_dict, path, metadata):
-    """Stand-in used only while ``helpers.lora`` (the LoRA file half of issue 6) is not in this branch."""
-    from safetensors.torch import save_file
-
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp),
-                  metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
-    return Path(path)
-
-
 def save_trained_lora(state_dict, path: Path, metadata: dict) -> Path:
     """Write the LoRA with ``helpers.lora.save_lora`` (metadata in the safetensors header)."""
-    try:
-        from .lora import save_lora
-    except ImportError:
-        save_lora = _save_lora_minimal
-    save_lora(state_dict, path, metadata)
-    return Path(path)
+    from .lora import save_lora
+
+    return save_lora(state_dict, path, metadata)
 
 
 def peak_memory_gib(device: str) -> dict:
