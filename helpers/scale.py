@@ -178,6 +178,7 @@ class RecipeRun:
     filtered: list[str]  # ids read fine and dropped by a filter
     seconds: float
     kept_rows: list[dict] = field(repr=False, default_factory=list)
+    decoded_stats: dict[str, dict] = field(repr=False, default_factory=dict)  # id -> first filter's stats
     work_dir: Path | None = None
     weights: str = ""
 
@@ -243,11 +244,13 @@ def run_recipe(cfg: dict, work_dir: str | os.PathLike, executor: str | None = No
 
     kept_rows = read_rows(cfg["export_path"])
     kept = sorted(r["id"] for r in kept_rows)
-    decoded = {r["id"] for r in read_rows(stats_path)}
+    decoded_stats = {r["id"]: r.get("__dj__stats__", {}) for r in read_rows(stats_path)}
+    decoded = set(decoded_stats)
     corrupt = sorted(set(ids) - decoded)
     filtered = sorted(decoded - set(kept))
     weights = _weights_label(cfg)
-    result = RecipeRun(cfg["executor_type"], len(ids), kept, corrupt, filtered, seconds, kept_rows, work_dir, weights)
+    result = RecipeRun(cfg["executor_type"], len(ids), kept, corrupt, filtered, seconds, kept_rows,
+                       decoded_stats, work_dir, weights)
     write_json(work_dir / "report.json", {**result.summary(), "recipe": str(recipe_path)})
     return result
 
