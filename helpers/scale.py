@@ -276,9 +276,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Loopback only. On Linux, Ray replaces a node address of 127.0.0.1 with the machine's
+# network address and listens on every interface; with this variable at 0 it keeps to
+# 127.0.0.1, as it does on a laptop (its single-machine mode for macOS and Windows).
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+                 "RAY_DISABLE_DOCKER_CPU_WARNING": "1"}
+
+
 def ray_env() -> dict:
-    """Environment for Ray processes: no usage statistics sent anywhere."""
-    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"}
+    """Environment for a local head's processes: loopback only, no usage statistics."""
+    return {**os.environ, **LOCAL_RAY_ENV}
+
+
+@contextlib.contextmanager
+def _local_ray_driver_env() -> Iterator[None]:
+    """The same setting in this process (the driver that connects), restored afterwards.
+
+    Ray reads the variable when it is first imported, so if it already was (a notebook
+    kernel), the value it read is switched for the duration too.
+    """
+    from ray._private import ray_constants
+
+    saved = {k: os.environ.get(k) for k in LOCAL_RAY_ENV}
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(LOCAL_RAY_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager
@@ -287,12 +318,17 @@ def local_ray_head(num_cpus: int = 2, object_store_mb: int = 512, timeout: float
     """Start a Ray head on 127.0.0.1 and yield its address (``127.0.0.1:PORT``); always stop it.
 
     It runs ``ray start --head --block --node-ip-address 127.0.0.1`` as a child process
-    (its own session folder, no dashboard, no usage statistics, a small object store) and
+    (its own session folder, every port on loopback, no dashboard, no usage statistics, a
+    small object store) and
     on exit, error or not, stops exactly that process and what it started. This is the
     command you run on a real head node, minus ``--block``; see notebooks/06_scale_out.ipynb.
     On a busy machine Ray's own 30 s start-up limit can be missed: it tries ``attempts`` times.
     """
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # for the driver that connects, too
+    with _local_ray_driver_env():
+        yield from _local_ray_head(num_cpus, object_store_mb, timeout, attempts)
+
+
+def _local_ray_head(num_cpus: int, object_store_mb: int, timeout: float, attempts: int) -> Iterator[str]:
     errors = []
     for _ in range(attempts):
         proc, address, log_path = _start_head(num_cpus, object_store_mb)

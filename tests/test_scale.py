@@ -90,12 +90,33 @@ def _our_ray_processes() -> list[str]:
     return found
 
 
-def test_head_is_stopped_even_on_failure():
+def _listening_addresses() -> set[str]:
+    """IP addresses on which this process or its descendants listen."""
+    found = set()
+    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            found |= {c.laddr.ip for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def test_local_head_listens_on_loopback_only_and_always_stops():
+    import ray  # imported before the head starts, as in a notebook
+
     seen = {}
     with pytest.raises(RuntimeError, match="boom"):
         with local_ray_head(num_cpus=1, object_store_mb=100) as address:
             seen["address"] = address
             assert any("raylet" in c for c in _our_ray_processes()), "no raylet running for the head we started"
+            ray.init(address=address)
+            try:
+                assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+                assert ray.get(ray.remote(lambda: 1 + 1).remote()) == 2
+                listening = _listening_addresses()
+            finally:
+                ray.shutdown()
+            assert listening and listening <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
             raise RuntimeError("boom")
     assert seen["address"].startswith("127.0.0.1:")
     assert not _our_ray_processes(), "Ray processes left behind after the head was stopped"
