@@ -36,7 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
@@ -229,7 +229,7 @@ def check_bundle(bundle: str | os.PathLike, pipe=None, *, models=None, mean_tole
     manifest = load_manifest(bundle)
     tol = {"mean_abs": float(mean_tolerance if mean_tolerance is not None else record["tolerance"]["mean_abs"]),
            "max_abs": float(max_tolerance if max_tolerance is not None else record["tolerance"]["max_abs"])}
-    story = load_storyboard(bundle / "storyboard.yaml")
+    story = replace(load_storyboard(bundle / "storyboard.yaml"), name=manifest["storyboard"]["name"])
     settings = manifest["settings"]
     if models is None:
         from .models import resolve_models

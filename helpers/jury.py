@@ -221,7 +221,7 @@ def plot_jury_sheet(sheet: JurySheet):
     low = np.nanmin(t["consistency"])
     ax2.set_ylim(max(-1.0, low - 0.05), 1.0)
     ax2.legend(fontsize=8)
-    im = ax3.imshow(sheet.similarity, vmin=min(0.0, float(np.nanmin(sheet.similarity))), vmax=1.0, cmap="viridis")
+    im = ax3.imshow(sheet.similarity, vmin=float(np.nanmin(sheet.similarity)), vmax=1.0, cmap="viridis")
     ax3.set(title="pairwise cosine similarity", xticks=range(len(t)), yticks=range(len(t)),
             xticklabels=list(t["panel"]), yticklabels=list(t["panel"]))
     fig.colorbar(im, ax=ax3, fraction=0.046)
