@@ -204,7 +204,7 @@ def validate_storyboard(data: Any, name: str = "storyboard", source: str | None 
 def resolve_storyboard_path(path_or_name: str | os.PathLike) -> Path:
     """A path as given, or a bare name looked up in ``data/storyboards/`` (``.yaml`` added)."""
     path = Path(path_or_name)
-    if path.exists():
+    if path.is_file():  # a folder of the same name (e.g. a run's outputs) is not a storyboard
         return path
     for candidate in (storyboards_dir() / path, storyboards_dir() / f"{path}.yaml"):
         if candidate.is_file():

@@ -133,3 +133,11 @@ def test_llm_prompt_template_fills_scenes():
     assert "风格为古风" in text and "| 场景描述 | 正向提示词 | 反向提示词 |" in text
     assert "{" not in text, "every placeholder is filled"
     assert Path(__file__).parents[1].joinpath("data/prompts/storyboard_llm.md").is_file()
+
+
+def test_a_folder_named_like_a_storyboard_is_not_taken_for_it(tmp_path, monkeypatch):
+    from helpers.storyboard import resolve_storyboard_path, storyboards_dir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "classroom_dream").mkdir()  # e.g. the panels folder of an earlier run
+    assert resolve_storyboard_path("classroom_dream") == storyboards_dir() / "classroom_dream.yaml"
