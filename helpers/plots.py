@@ -53,7 +53,7 @@ def plot_score_grid(df: pd.DataFrame, ncols: int = 4, max_images: int | None = 1
     n = max(len(rows), 1)
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3.3 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3.4 * nrows), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, (_, row) in zip(axes.flat, rows.iterrows()):
@@ -76,11 +76,10 @@ def plot_score_grid(df: pd.DataFrame, ncols: int = 4, max_images: int | None = 1
         ax.set_title(f"{short}\n{score:.3f}", fontsize=9, color=PASS_COLOR if score >= threshold else FAIL_COLOR)
     fig.suptitle((title or f"{len(rows)} of {len(df)} image(s), score in each title") + _weights_note(df),
                  fontsize=11)
-    fig.tight_layout()
     return fig
 
 
-def plot_score_histogram(df: pd.DataFrame, threshold: float = PASS_THRESHOLD, bins: int = 20, ax=None,
+def plot_score_histogram(df: pd.DataFrame, threshold: float = PASS_THRESHOLD, bins: int = 40, ax=None,
                          title: str | None = None):
     """Histogram of the scores with the ``threshold`` line (6.0) and the mean line."""
     import matplotlib.pyplot as plt
@@ -90,15 +89,17 @@ def plot_score_histogram(df: pd.DataFrame, threshold: float = PASS_THRESHOLD, bi
         fig, ax = plt.subplots(figsize=(7, 3.5))
     else:
         fig = ax.figure
+    low = min([threshold - 1, *([scores.min()] if len(scores) else [])])
+    high = max([threshold + 1, *([scores.max()] if len(scores) else [])])
+    pad = 0.03 * (high - low)
+    # Bins span the whole axis, so scores far from the line still show as a visible bar.
+    edges = np.linspace(low - pad, high + pad, bins + 1)
     if len(scores):
-        ax.hist(scores, bins=bins, color="tab:blue", alpha=0.75, label=f"{len(scores)} scored")
+        ax.hist(scores, bins=edges, color="tab:blue", alpha=0.75, label=f"{len(scores)} scored")
         mean = float(scores.mean())
         ax.axvline(mean, color=PASS_COLOR if mean >= threshold else FAIL_COLOR, linewidth=2,
                    label=f"mean {mean:.3f}")
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1.5, label=f"needed {threshold:g}")
-    low = min([threshold - 1, *([scores.min()] if len(scores) else [])])
-    high = max([threshold + 1, *([scores.max()] if len(scores) else [])])
-    pad = 0.03 * (high - low)
     ax.set_xlim(low - pad, high + pad)
     ax.set_xlabel("aesthetic score")
     ax.set_ylabel("images")
@@ -117,7 +118,7 @@ def plot_score_comparison(frames: Mapping[str, pd.DataFrame], threshold: float =
     if not frames:
         raise ValueError("plot_score_comparison needs at least one frame, e.g. {'base': df1, 'lora': df2}")
     rng = np.random.default_rng(seed)
-    fig, ax = plt.subplots(figsize=(max(4.0, 2.2 * len(frames) + 1.5), 4))
+    fig, ax = plt.subplots(figsize=(max(4.0, 2.0 * len(frames) + 1.0), 4))
     all_scores, ticks = [], []
     for x, (label, df) in enumerate(frames.items()):
         scores = _scored(df)
@@ -129,16 +130,17 @@ def plot_score_comparison(frames: Mapping[str, pd.DataFrame], threshold: float =
             mean = float(scores.mean())
             color = PASS_COLOR if mean >= threshold else FAIL_COLOR
             ax.hlines(mean, x - 0.32, x + 0.32, colors=color, linewidth=3, zorder=4)
-            ax.annotate(f"mean {mean:.3f}", (x + 0.34, mean), va="center", fontsize=9, color=color)
+            ax.annotate(f"mean {mean:.3f}", (x, mean), xytext=(0, 4), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=9, color=color, fontweight="bold")
     ax.set_xticks(list(range(len(frames))), ticks)
     ax.axhline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"needed {threshold:g}")
     low = min([threshold - 1, *all_scores])
     high = max([threshold + 1, *all_scores])
     pad = 0.05 * (high - low)
     ax.set_ylim(low - pad, high + pad)
-    ax.set_xlim(-0.6, len(frames) - 0.4 + 0.5)
+    ax.set_xlim(-0.6, len(frames) - 0.4)
+    ax.legend(loc="best", fontsize=8)
     ax.set_ylabel("aesthetic score")
-    ax.legend(loc="lower right", fontsize=8)
     ax.set_title((title or " vs ".join(frames)) + _weights_note(*frames.values()), fontsize=10)
     fig.tight_layout()
     return fig
