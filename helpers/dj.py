@@ -71,6 +71,14 @@ def _setup_logs(run_dir: Path, quiet: bool) -> None:
     logger.add(run_dir / "dj.log", level="INFO", enqueue=False)
 
 
+def _init_configs(init_configs, path: Path, run_dir: Path):
+    """``init_configs`` with its printed config table sent to ``run_dir/config_table.txt``."""
+    import contextlib
+
+    with open(run_dir / "config_table.txt", "w", encoding="utf-8") as f, contextlib.redirect_stdout(f):
+        return init_configs(args=["--config", str(path)])
+
+
 def list_recipes() -> list[str]:
     """Names of the recipes under ``data/recipes/``."""
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
@@ -241,7 +249,7 @@ def run_recipe(name: str | os.PathLike, dataset: str | os.PathLike, run_dir: str
     ops = recipe_ops(config)
     start = time.perf_counter()
     _setup_logs(run_dir, quiet)
-    cfg = init_configs(args=["--config", str(path)])
+    cfg = _init_configs(init_configs, path, run_dir)
     kept_ds = DefaultExecutor(cfg).run()
     seconds = time.perf_counter() - start
     kept = kept_ds.to_list()
@@ -309,7 +317,7 @@ def analyze(dataset: str | os.PathLike, run_dir: str | os.PathLike, recipes: Seq
     path, config, _ = prepare_recipe(tmp_recipe, dataset, run_dir, aesthetic_model=aesthetic_model, np=np)
     tmp_recipe.unlink()
     _setup_logs(run_dir, quiet)
-    cfg = init_configs(args=["--config", str(path)])
+    cfg = _init_configs(init_configs, path, run_dir)
     ds = Analyzer(cfg).run()
     divided = dj_divides_by_ten(aesthetic_model) if aesthetic_model is not None else None
     return pd.DataFrame([_stats_row(s, divided) for s in ds.to_list()])
