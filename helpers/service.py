@@ -32,6 +32,7 @@ from typing import Iterator, Mapping, Sequence
 # At module level: FastAPI resolves the endpoint annotations from this module's globals.
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 ALLOWED_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff")
@@ -75,6 +76,13 @@ def create_app(scorers, max_upload_bytes: int = DEFAULT_MAX_BYTES, max_pixels: i
             return JSONResponse(status_code=413, content={
                 "detail": f"upload of {int(length)} bytes is over the {limit_mb} limit; send a smaller image (resize or JPEG)"})
         return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def explain_bad_form(request: Request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return JSONResponse(status_code=422, content={
+            "detail": f"bad request form ({problems}); send the image as multipart field 'file', "
+                      "e.g. curl -F file=@panel.png http://HOST:PORT/score"})
 
     @app.get("/health")
     def health() -> dict:

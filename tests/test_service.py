@@ -64,6 +64,14 @@ def test_bad_uploads_get_a_4xx_with_a_clear_message(server, files, data, status,
     assert words in response.json()["detail"]
 
 
+def test_missing_file_field_and_unannounced_oversize_are_explained(server):
+    response = httpx.post(server + "/score", data={"scorers": "aesthetic-v2.5"})
+    assert response.status_code == 422 and "multipart field 'file'" in response.json()["detail"]
+    # Just over the limit: passes the Content-Length check (form overhead allowed), caught when read.
+    response = httpx.post(server + "/score", files={"file": ("x.png", b"\0" * (MAX_BYTES + 10), "image/png")})
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+
 def test_too_many_pixels_in_a_small_file_is_refused(server):
     buffer = io.BytesIO()
     Image.new("RGB", (2000, 2000), (10, 20, 30)).save(buffer, format="PNG")  # tiny file, 4 M pixels
