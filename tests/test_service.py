@@ -95,3 +95,38 @@ def test_cli_parses_its_options():
     assert args.scorers == ["v25", "vlm"] and args.port == 9000 and args.max_upload_mb == 2
     with pytest.raises(SystemExit):
         parse_args(["--max-upload-mb", "0"])
+
+
+def test_command_line_server_starts_scores_and_stops(tmp_path):
+    """`python -m helpers.service` as a learner runs it: its own process, its own port."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "helpers.service", "--scorers", "v25", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up in 120 s"
+            time.sleep(0.5)
+        response = httpx.post(url + "/score", files={"file": ("a.png", png_bytes(), "image/png")})
+        assert response.status_code == 200 and "aesthetic-v2.5" in response.json()["scores"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    assert "serving ['aesthetic-v2.5'] (offline-random)" in (tmp_path / "server.log").read_text()
