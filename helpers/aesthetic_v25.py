@@ -103,7 +103,6 @@ def load_v25_scorer(device: str | None = None, mode: str | None = None, batch_si
     model, processor = convert_v2_5_from_siglip(
         predictor_name_or_path=str(resolved.path / HEAD_FILE),
         encoder_model_name=str(resolved.path / ENCODER_DIR),
-        low_cpu_mem_usage=True, trust_remote_code=False,
     )
     model = model.to(device, dtype).eval()
     return AestheticV25Scorer(model, processor, resolved.weights, device, batch_size, dtype)
