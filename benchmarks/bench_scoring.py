@@ -101,18 +101,12 @@ def spread_head(predictor, seed: int = 0) -> None:
 
 
 def seed_loop(predictor, processor, device: str, folder: Path) -> list[float]:
-    """The competition's published scorer (seed 001), kept as it is, returning every score."""
-    import torch
+    """The competition's published loop (seed 001), kept as it is, returning every score."""
     from PIL import Image
 
-    def get_aesthetics_score(image):
-        inputs = processor(images=image, return_tensors="pt")
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        with torch.no_grad():
-            outputs = predictor(**inputs)
-        prediction = outputs.logits
-        return prediction.tolist()[0][0]
+    from helpers.scoring import seed_scorer
 
+    get_aesthetics_score = seed_scorer(predictor, processor, device)
     scores = []
     for file_name in sorted(os.listdir(folder)):  # sorted so rows line up with the kit's
         if os.path.isfile(os.path.join(folder, file_name)):

@@ -161,6 +161,25 @@ def list_images(paths_or_folder: str | os.PathLike | Iterable[str | os.PathLike]
 
 # --------------------------------------------------------------------------- the scorer
 
+def seed_scorer(predictor, processor, device: str = "cpu") -> Callable[[Image.Image], float]:
+    """The competition's own one-image ``get_aesthetics_score`` (seed 001), kept unchanged.
+
+    It is the reference: the tests check the kit's batched scores equal it within 1e-4, and
+    ``benchmarks/bench_scoring.py`` times it against :func:`score_paths`.
+    """
+    import torch
+
+    def get_aesthetics_score(image):
+        inputs = processor(images=image, return_tensors="pt")
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        with torch.no_grad():
+            outputs = predictor(**inputs)
+        prediction = outputs.logits
+        return prediction.tolist()[0][0]
+
+    return get_aesthetics_score
+
+
 def _auto_device(device: str | None) -> str:
     import torch
 

@@ -17,7 +17,7 @@ from PIL import Image
 from helpers.models import resolve_models
 from helpers.scoring import (COLUMNS, IMAGE_EXTENSIONS, PASS_THRESHOLD, CompetitionScorer, NoImagesError,
                              NothingScoredError, list_images, load_competition_scorer, open_rgb, read_scores_csv,
-                             score_paths, summarize, verdict, write_scores_csv)
+                             score_paths, seed_scorer, summarize, verdict, write_scores_csv)
 
 # p_huge.png is meant to trip Pillow's limit: its warning is expected, the per-file error is tested.
 pytestmark = [pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
@@ -112,18 +112,6 @@ def corpus(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- the seed's scorer, kept verbatim
 
-def seed_reference(predictor, processor, device="cpu"):
-    """``get_aesthetics_score`` from the competition's scoring code (seed 001), unchanged."""
-
-    def get_aesthetics_score(image):
-        inputs = processor(images=image, return_tensors="pt")
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        with torch.no_grad():
-            outputs = predictor(**inputs)
-        prediction = outputs.logits
-        return prediction.tolist()[0][0]
-
-    return get_aesthetics_score
 
 
 # --------------------------------------------------------------------------- tests
@@ -134,7 +122,7 @@ def test_same_numbers_as_the_seed_scorer(scorer, tmp_path):
     for i, size in enumerate(sizes):
         paths.append(tmp_path / f"{i}.png")
         rich_rgb(*size, seed=100 + i).save(paths[-1])
-    get_aesthetics_score = seed_reference(scorer.predictor, scorer.processor)
+    get_aesthetics_score = seed_scorer(scorer.predictor, scorer.processor)
     reference = [get_aesthetics_score(Image.open(p)) for p in paths]
     assert np.std(reference) > 0.05, "reference scores should differ, or the comparison proves nothing"
 
