@@ -86,14 +86,20 @@ def course_plan(report: dict, offline: bool) -> list[dict]:
                 ("01_scoring", "score images with the (random) competition predictor", "1 min"),
                 ("02_data", "fall back to the kit's own images, filter with Data-Juicer", "2 min"),
                 ("03_train_lora", "a few LoRA steps at 128 px (CPU: ~3 s/step)", "5 min"),
-                ("04_comic_strip", "8 panels at 128 px, base and LoRA, strip, scores", "5 min")]
+                ("04_comic_strip", "8 panels at 128 px, base and LoRA, strip, scores, jury sheet, bundle", "5 min"),
+                ("05_beyond_scoring", "other scorers, agreement, reward, service (small random models)", "2 min"),
+                ("06_scale_out", "Data-Juicer on a local Ray head (2,000 tiny images)", "3 min"),
+                ("07_experiments", "a small LoRA sweep: train, draw, judge each setting", "10 min")]
     elif gpu:
         note = "real weights on a GPU"
         rows = [("00_setup", "download Kolors (~20 GB) once", "10-30 min"),
                 ("01_scoring", "score images with the competition predictor", "1 min"),
                 ("02_data", "download and filter lowres_anime", "5 min"),
                 ("03_train_lora", "LoRA training at 1024 px", "15-40 min"),
-                ("04_comic_strip", "8 panels at 1024 px, 50 steps, base and LoRA", "3-5 min")]
+                ("04_comic_strip", "8 panels at 1024 px, 50 steps, base and LoRA", "3-5 min"),
+                ("05_beyond_scoring", "V2.5, reward, VLM levels (downloads ~10 GB more)", "15 min"),
+                ("06_scale_out", "Data-Juicer on a local Ray head", "3 min"),
+                ("07_experiments", "a LoRA sweep: one training per setting", "1-3 h")]
     else:
         note = "real weights on a CPU: only the quick profile is practical"
         rows = [("all", "use `make course` (quick profile: small sizes, few steps)", "1 h or more")]
