@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 PASS_THRESHOLD = 6.0
 COMPETITION_SCORER = "LAION aesthetic predictor V2 (sac+logos+ava1-l14-linearMSE)"
@@ -80,6 +82,34 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+_strict_lock = threading.Lock()
+_strict_users = 0
+_saved_truncated_flag = False
+
+
+@contextmanager
+def _strict_decoding():
+    """Decode with Pillow's ``LOAD_TRUNCATED_IMAGES`` off, whatever the process set.
+
+    The flag is process-wide and some libraries turn it on when imported (Data-Juicer does),
+    which would let a truncated file be scored as if it were whole. Reference-counted, so
+    decoding threads can overlap; the caller's value is restored when the last one ends.
+    """
+    global _strict_users, _saved_truncated_flag
+    with _strict_lock:
+        if _strict_users == 0:
+            _saved_truncated_flag = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        _strict_users += 1
+    try:
+        yield
+    finally:
+        with _strict_lock:
+            _strict_users -= 1
+            if _strict_users == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _saved_truncated_flag
+
+
 def open_rgb(path: str | os.PathLike) -> Image.Image:
     """Open ``path`` as a fully decoded RGB image, upright (EXIF orientation applied).
 
@@ -108,7 +138,8 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
                     "the limit if you trust the file", size)
             if getattr(image, "is_animated", False):
                 image.seek(0)
-            image.load()
+            with _strict_decoding():
+                image.load()
             upright = ImageOps.exif_transpose(image)
             return _to_rgb(upright if upright is not None else image).copy()
     except ImageLoadError:
@@ -119,7 +150,7 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
         raise ImageLoadError(f"not an image Pillow can read ({path.suffix or 'no extension'} file)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         text = str(exc)
-        if "truncated" in text or "broken data stream" in text:
+        if "truncated" in text.lower() or "broken data stream" in text.lower():
             raise ImageLoadError(f"truncated or corrupt image data ({text})") from exc
         raise ImageLoadError(f"cannot decode: {type(exc).__name__}: {text}") from exc
 

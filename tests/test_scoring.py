@@ -325,3 +325,20 @@ def test_plots(scorer, corpus, tmp_path):
     with pytest.raises(FileExistsError):
         save_figure(comp, out)
     plt.close("all")
+
+
+def test_truncated_file_is_reported_even_if_another_library_allows_truncation(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    from helpers.scoring import ImageLoadError
+
+    whole = tmp_path / "whole.jpg"
+    Image.new("RGB", (128, 128), "teal").save(whole, quality=95)
+    cut = tmp_path / "cut.jpg"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # what `import data_juicer` does
+    with pytest.raises(ImageLoadError, match="truncated"):
+        open_rgb(cut)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True, "the caller's setting is restored"
+    assert open_rgb(whole).size == (128, 128)
